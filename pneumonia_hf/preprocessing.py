@@ -1,0 +1,147 @@
+"""The one preprocessing path: training, evaluation, the CLI and the Space all call these functions.
+
+    load_image(file)             -> PIL "L" image   (any mode/bit depth, EXIF applied, checked)
+    prepare_image(img, config)   -> uint8 (C, S, S) (squashed resize, like the 224x224 training copies)
+    normalize(x, config)         -> float (..., C, S, S)
+    build_eval_transform(config) =  normalize . prepare_image . load_image
+
+Training caches the output of `prepare_image` once (datasets.map) and augments the uint8 tensors,
+so train-time validation and serving share every step after decoding.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
+
+# Images above this many pixels are refused (a 16k x 16k upload is a decompression bomb, not an X-ray).
+MAX_PIXELS = 64_000_000
+PREPROCESS_KEYS = ("image_size", "in_channels", "mean", "std", "equalize")
+
+
+class ImageLoadError(ValueError):
+    """An input that cannot be read as an image; the message is one line meant for the user."""
+
+
+def preprocess_config(config: Any) -> dict:
+    """The preprocessing fields of a model, its config dict, or a config.json path."""
+    if isinstance(config, (str, os.PathLike)):
+        import json
+
+        config = json.loads(Path(config).read_text())
+    if isinstance(config, torch.nn.Module):
+        config = {k: getattr(config, k) for k in PREPROCESS_KEYS}
+    if not isinstance(config, Mapping):
+        raise TypeError(f"expected a model, a config dict or a config.json path, got {type(config).__name__}")
+    defaults = {"image_size": 128, "in_channels": 1, "mean": [0.5], "std": [0.25], "equalize": False}
+    return {k: config.get(k, defaults[k]) for k in PREPROCESS_KEYS}
+
+
+def _open(source: ImageSource) -> Image.Image:
+    """Open any supported source as a fully decoded PIL image, refusing bombs and truncated files."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(source)
+    name = "image"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = path.name
+        if not path.is_file():
+            raise ImageLoadError(f"{name}: no such file")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(f"{name}: empty file (0 bytes)")
+        source = path
+    elif isinstance(source, (bytes, bytearray)):
+        if len(source) == 0:
+            raise ImageLoadError("empty file (0 bytes)")
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(source)
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageLoadError(
+                    f"{name}: {im.width}x{im.height} pixels is over the {MAX_PIXELS:,}-pixel limit (decompression bomb?)"
+                )
+            im.load()
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(f"{name}: refused as a possible decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{name}: not an image file PIL can read (expected JPEG or PNG)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageLoadError(f"{name}: corrupt or truncated image ({str(e).splitlines()[0]})") from None
+    return im
+
+
+def to_grayscale(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit "L": 16-bit/float are min-max scaled, alpha is composited on black."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        return Image.fromarray(np.round(a).astype(np.uint8), mode="L")
+    if im.mode == "L":
+        return im
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(bg, rgba).convert("L")
+    if im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "P", "1"):
+        im = im.convert("RGB")
+    return im.convert("L")
+
+
+def load_image(source: ImageSource) -> Image.Image:
+    """Read a file, bytes, array or PIL image as an 8-bit grayscale PIL image, EXIF orientation applied."""
+    im = _open(source)
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block must not make a readable image unusable
+        pass
+    if im.width < 8 or im.height < 8:
+        raise ImageLoadError(f"image is {im.width}x{im.height} pixels; at least 8x8 is needed")
+    return to_grayscale(im)
+
+
+def prepare_image(image: Image.Image, config: Any) -> torch.Tensor:
+    """Grayscale PIL image -> uint8 tensor (C, S, S): squashed resize (no crop), optional equalisation."""
+    cfg = preprocess_config(config)
+    size = int(cfg["image_size"])
+    x = TF.pil_to_tensor(to_grayscale(image))  # (1, H, W) uint8
+    x = TF.resize(x, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    if cfg["equalize"]:
+        x = TF.equalize(x)
+    return x.expand(int(cfg["in_channels"]), -1, -1).contiguous()
+
+
+def normalize(x: torch.Tensor, config: Any) -> torch.Tensor:
+    """uint8 (..., C, S, S) -> float32 normalised with the model's mean/std."""
+    cfg = preprocess_config(config)
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    mean = torch.tensor(cfg["mean"], dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(cfg["std"], dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - mean) / std
+
+
+def build_eval_transform(config: Any) -> Callable[[ImageSource], torch.Tensor]:
+    """The eval transform for a model: any image source -> float tensor (C, S, S) ready for `model`."""
+    cfg = preprocess_config(config)
+
+    def transform(source: ImageSource) -> torch.Tensor:
+        return normalize(prepare_image(load_image(source), cfg), cfg)
+
+    return transform
