@@ -74,6 +74,7 @@ class PneumoniaCNN(
         equalize: bool = False,
         labels: list[str] | tuple[str, ...] = ("NORMAL", "PNEUMONIA"),
         threshold: float = 0.5,
+        ood: dict | None = None,
     ):
         super().__init__()
         if len(widths) != len(depths):
@@ -86,6 +87,9 @@ class PneumoniaCNN(
         self.in_channels, self.image_size, self.equalize = in_channels, image_size, equalize
         self.mean, self.std = list(mean), list(std)
         self.labels, self.threshold = list(labels), float(threshold)
+        # Reference statistics of training-set embeddings for the out-of-distribution guard
+        # (see pneumonia_hf.ood); None until a training run fits them.
+        self.ood = ood
 
         self.stem = ConvBNAct(in_channels, stem_width, stride=2)
         chans = [stem_width, *widths]

@@ -1,6 +1,7 @@
 """The one preprocessing path: training, evaluation, the CLI and the Space all call these functions.
 
-    load_image(file)             -> PIL "L" image   (any mode/bit depth, EXIF applied, checked)
+    read_image(file)             -> PIL image in its own mode (JPEG/PNG/... or DICOM, EXIF applied, checked)
+    load_image(file)             -> PIL "L" image   (= to_grayscale . read_image; any mode/bit depth)
     prepare_image(img, config)   -> uint8 (C, S, S) (squashed resize, like the 224x224 training copies)
     normalize(x, config)         -> float (..., C, S, S)
     build_eval_transform(config) =  normalize . prepare_image . load_image
@@ -27,6 +28,7 @@ ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
 
 # Images above this many pixels are refused (a 16k x 16k upload is a decompression bomb, not an X-ray).
 MAX_PIXELS = 64_000_000
+DICOM_SUFFIXES = (".dcm", ".dicom")
 PREPROCESS_KEYS = ("image_size", "in_channels", "mean", "std", "equalize")
 
 
@@ -48,6 +50,57 @@ def preprocess_config(config: Any) -> dict:
     return {k: config.get(k, defaults[k]) for k in PREPROCESS_KEYS}
 
 
+def _is_dicom(head: bytes, name: str) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble; bare datasets only have the suffix."""
+    return head[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES
+
+
+def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Min-max scale any numeric array to 0..255 uint8 (a constant array becomes all zeros)."""
+    a = np.asarray(a, dtype=np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+    return np.round(a).astype(np.uint8)
+
+
+def _read_dicom(fp: Path | BinaryIO, name: str) -> Image.Image:
+    """DICOM -> PIL: modality LUT, then VOI LUT/window, scaled to 8-bit "L" (MONOCHROME1 inverted); colour stays RGB."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:
+        raise ImageLoadError(f"{name}: reading DICOM files needs pydicom (pip install pydicom)") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about every odd tag; the image is what matters
+            ds = pydicom.dcmread(fp, force=True)
+            if "PixelData" not in ds:
+                raise ImageLoadError(f"{name}: DICOM file holds no image (no PixelData)")
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            if rows * cols > MAX_PIXELS:
+                raise ImageLoadError(
+                    f"{name}: {cols}x{rows} pixels is over the {MAX_PIXELS:,}-pixel limit (decompression bomb?)"
+                )
+            arr = ds.pixel_array
+    except ImageLoadError:
+        raise
+    except Exception as e:  # pydicom raises many types (InvalidDicomError, ValueError, NotImplementedError, ...)
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageLoadError(f"{name}: not a readable DICOM image ({msg})") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[0]  # (frames, H, W[, 3]) -> first frame
+    if photometric in ("MONOCHROME1", "MONOCHROME2") and arr.ndim == 2:
+        arr = apply_voi_lut(apply_modality_lut(arr, ds), ds, index=0)
+        a = _scale_to_uint8(arr)
+        if photometric == "MONOCHROME1":  # MONOCHROME1: low values are white; X-ray bone must come out bright
+            a = 255 - a
+        return Image.fromarray(a, mode="L")
+    if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB / YBR (pydicom converts YBR to RGB)
+        return Image.fromarray(arr if arr.dtype == np.uint8 else _scale_to_uint8(arr), mode="RGB")
+    raise ImageLoadError(f"{name}: unsupported DICOM image ({photometric}, array shape {tuple(arr.shape)})")
+
+
 def _open(source: ImageSource) -> Image.Image:
     """Open any supported source as a fully decoded PIL image, refusing bombs and truncated files."""
     if isinstance(source, Image.Image):
@@ -62,11 +115,24 @@ def _open(source: ImageSource) -> Image.Image:
             raise ImageLoadError(f"{name}: no such file")
         if path.stat().st_size == 0:
             raise ImageLoadError(f"{name}: empty file (0 bytes)")
+        with open(path, "rb") as f:
+            head = f.read(132)
+        if _is_dicom(head, name):
+            return _read_dicom(path, name)
         source = path
     elif isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
             raise ImageLoadError("empty file (0 bytes)")
         source = io.BytesIO(source)
+    if not isinstance(source, Path):  # a binary stream (bytes were wrapped above)
+        name = Path(str(getattr(source, "name", name))).name or name
+        pos = source.tell()
+        head = source.read(132)
+        source.seek(pos)
+        if not head:
+            raise ImageLoadError(f"{name}: empty file (0 bytes)")
+        if _is_dicom(head, name):
+            return _read_dicom(source, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -90,10 +156,7 @@ def _open(source: ImageSource) -> Image.Image:
 def to_grayscale(im: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit "L": 16-bit/float are min-max scaled, alpha is composited on black."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
-        return Image.fromarray(np.round(a).astype(np.uint8), mode="L")
+        return Image.fromarray(_scale_to_uint8(np.asarray(im)), mode="L")
     if im.mode == "L":
         return im
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
@@ -105,8 +168,11 @@ def to_grayscale(im: Image.Image) -> Image.Image:
     return im.convert("L")
 
 
-def load_image(source: ImageSource) -> Image.Image:
-    """Read a file, bytes, array or PIL image as an 8-bit grayscale PIL image, EXIF orientation applied."""
+def read_image(source: ImageSource) -> Image.Image:
+    """Read a file (JPEG, PNG, ... or DICOM), bytes, array or PIL image, decoded and checked, in its own mode.
+
+    The out-of-distribution checks look at this (colour, size); the model sees `load_image`'s grayscale.
+    """
     im = _open(source)
     try:
         im = ImageOps.exif_transpose(im)
@@ -114,7 +180,12 @@ def load_image(source: ImageSource) -> Image.Image:
         pass
     if im.width < 8 or im.height < 8:
         raise ImageLoadError(f"image is {im.width}x{im.height} pixels; at least 8x8 is needed")
-    return to_grayscale(im)
+    return im
+
+
+def load_image(source: ImageSource) -> Image.Image:
+    """Read a file (JPEG, PNG, ... or DICOM), bytes, array or PIL image as an 8-bit grayscale PIL image."""
+    return to_grayscale(read_image(source))
 
 
 def prepare_image(image: Image.Image, config: Any) -> torch.Tensor:

@@ -1,0 +1,311 @@
+"""The training loop: patient-grouped CV with Accelerate, out-of-fold threshold, final fit, resumable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .augment import build_augment
+from .config import TrainConfig
+from .data import BalancedSampler, XrayTensorDataset, build_folds, decode_dataset, grouped_subset, load_source, to_tensors
+from .losses import build_loss
+from .metrics import binary_metrics, choose_threshold, summarize
+from .model import PneumoniaCNN
+from .preprocessing import normalize
+
+logger = logging.getLogger("pneumonia_hf.training")
+
+
+def build_model(cfg: TrainConfig, **overrides) -> PneumoniaCNN:
+    """A fresh PneumoniaCNN from the config's model fields."""
+    return PneumoniaCNN(**{**cfg.model_kwargs(), **overrides})
+
+
+def make_loaders(cfg: TrainConfig, pixels: torch.Tensor, labels: torch.Tensor, train_idx: np.ndarray,
+                 val_idx: np.ndarray | None) -> tuple[DataLoader, DataLoader | None]:
+    """Training loader (augmented, class-balanced sampler) and plain validation loader."""
+    ytr = labels[train_idx]
+    aug = build_augment(cfg.augment, cfg.image_size)
+    minority = build_augment(cfg.minority_augment, cfg.image_size) if cfg.minority_augment else aug
+    train_ds = XrayTensorDataset(pixels[train_idx], ytr, {0: minority, 1: aug})
+    sampler = BalancedSampler(ytr, cfg.sampler, cfg.seed)
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                              drop_last=True, persistent_workers=cfg.num_workers > 0)
+    val_loader = None
+    if val_idx is not None and len(val_idx):
+        val_loader = DataLoader(XrayTensorDataset(pixels[val_idx], labels[val_idx]), batch_size=cfg.batch_size * 2)
+    return train_loader, val_loader
+
+
+def lr_lambda(total_steps: int, warmup_steps: int):
+    """Linear warm-up, then cosine decay to 0."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return f
+
+
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, accelerator, cfg: TrainConfig, desc: str) -> float:
+    """One pass over the training loader; returns the mean loss over all processes."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    bar = tqdm(loader, desc=desc, leave=False, disable=not (cfg.progress and accelerator.is_main_process))
+    for x, y in bar:
+        x = normalize(x, cfg.model_kwargs())  # (B, C, S, S) float
+        with accelerator.autocast():
+            loss = loss_fn(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if cfg.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        total += loss.detach() * len(y)
+        count += len(y)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
+    return float(total / count.clamp(min=1))
+
+
+@torch.no_grad()
+def predict_loader(model, loader, accelerator, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """P(pneumonia) and labels for every sample of a prepared loader, each counted once across processes."""
+    model.eval()
+    probs, ys = [], []
+    for x, y in loader:
+        with accelerator.autocast():
+            logits = model(normalize(x, cfg.model_kwargs())).float()
+        p, y = accelerator.gather_for_metrics((torch.sigmoid(logits), y))
+        probs.append(p.cpu())
+        ys.append(y.cpu())
+    return torch.cat(probs).numpy(), torch.cat(ys).numpy()
+
+
+def _bce(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def fit(cfg: TrainConfig, accelerator, pixels, labels, train_idx, val_idx, ckpt_dir: Path, name: str, seed_offset: int,
+        groups: np.ndarray | None = None):
+    """Train one model on train_idx; score val_idx each epoch (monitoring only). Resumable per epoch.
+
+    Early stopping, when on, watches an inner patient-grouped split of train_idx, never val_idx.
+    Returns (unwrapped model, history, val probabilities or None).
+    """
+    from accelerate.utils import set_seed
+
+    inner_idx = None
+    if cfg.early_stopping_patience > 0:
+        mask = grouped_subset(labels[train_idx].numpy(), groups[train_idx], cfg.inner_val_fraction, cfg.seed + seed_offset)
+        train_idx, inner_idx = train_idx[~mask], train_idx[mask]
+    set_seed(cfg.seed + seed_offset)
+    model = build_model(cfg)
+    train_loader, val_loader = make_loaders(cfg, pixels, labels, train_idx, val_idx)
+    inner_loader = make_loaders(cfg, pixels, labels, train_idx[:0], inner_idx)[1] if inner_idx is not None else None
+    ytr = labels[train_idx]
+    loss_fn = build_loss(cfg.loss, int((ytr == 0).sum()), int((ytr == 1).sum()), cfg.focal_alpha, cfg.focal_gamma,
+                         cfg.label_smoothing)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * len(train_loader)  # single-process steps; accelerate steps the scheduler num_processes x
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps, max(1, int(cfg.warmup_epochs * len(train_loader)))))
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    val_loader = accelerator.prepare(val_loader) if val_loader is not None else None
+    inner_loader = accelerator.prepare(inner_loader) if inner_loader is not None else None
+    loss_fn = loss_fn.to(accelerator.device)
+
+    state_dir, progress_file = ckpt_dir / name, ckpt_dir / f"{name}.progress.json"
+    history, start, best, bad_epochs = [], 0, -math.inf, 0
+    if cfg.resume and progress_file.exists():
+        prog = json.loads(progress_file.read_text())
+        accelerator.load_state(str(state_dir))
+        history, start, best, bad_epochs = prog["history"], prog["epoch"] + 1, prog["best"], prog["bad_epochs"]
+        accelerator.print(f"[{name}] resumed after epoch {start}")
+
+    val_p = None
+    for epoch in range(start, cfg.epochs):
+        if bad_epochs >= cfg.early_stopping_patience > 0:
+            break
+        set_seed(cfg.seed + seed_offset + 1009 * (epoch + 1))  # each epoch's randomness is fixed: exact resume
+        train_loader.set_epoch(epoch)
+        t0 = time.time()
+        rec = {"epoch": epoch, "train_loss": train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler,
+                                                               accelerator, cfg, f"{name} epoch {epoch + 1}/{cfg.epochs}")}
+        if val_loader is not None:
+            val_p, val_y = predict_loader(model, val_loader, accelerator, cfg)
+            rec.update(val_loss=_bce(val_y, val_p), val_roc_auc=binary_metrics(val_y, val_p)["roc_auc"])
+        if inner_loader is not None:
+            ip, iy = predict_loader(model, inner_loader, accelerator, cfg)
+            m = binary_metrics(iy, ip, 0.5)
+            score = -_bce(iy, ip) if cfg.monitor == "loss" else m[cfg.monitor]
+            rec["inner_" + cfg.monitor] = score
+            if score > best:
+                best, bad_epochs = score, 0
+                accelerator.save_model(model, str(ckpt_dir / f"{name}.best"))
+            else:
+                bad_epochs += 1
+        rec["seconds"] = round(time.time() - t0, 2)
+        history.append(rec)
+        accelerator.print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} " + " ".join(
+            f"{k}={v:.4f}" for k, v in rec.items() if k not in ("epoch",)))
+        accelerator.save_state(str(state_dir))
+        if accelerator.is_main_process:
+            progress_file.write_text(json.dumps({"epoch": epoch, "history": history, "best": best, "bad_epochs": bad_epochs}))
+        accelerator.wait_for_everyone()
+
+    unwrapped = accelerator.unwrap_model(model)
+    if inner_loader is not None and (ckpt_dir / f"{name}.best").exists():
+        from safetensors.torch import load_model
+
+        load_model(unwrapped, str(ckpt_dir / f"{name}.best" / "model.safetensors"))
+        if val_loader is not None:
+            val_p, _ = predict_loader(model, val_loader, accelerator, cfg)
+    if val_loader is not None and val_p is None:  # resumed after the last epoch: score again
+        val_p, _ = predict_loader(model, val_loader, accelerator, cfg)
+    return unwrapped, history, val_p
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def run(cfg: TrainConfig) -> dict:
+    """The whole recipe: load + cache data, K patient-grouped folds, OOF threshold, final fit, outputs."""
+    from accelerate import Accelerator
+
+    from .plots import plot_evaluation, plot_learning_curves
+
+    cfg.validate()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    out = Path(cfg.output_dir)
+    ckpt_dir = out / "checkpoints"
+    if accelerator.is_main_process:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (out / "plots").mkdir(exist_ok=True)
+        cfg.save(out / "train_config.json")
+    accelerator.wait_for_everyone()
+    t_start = time.time()
+
+    with accelerator.main_process_first():  # the main process fills the datasets cache, the others reuse it
+        ds = load_source(cfg.data, cfg.split)
+        if cfg.max_samples and cfg.max_samples < len(ds):
+            keep = grouped_subset(ds["label"], ds["patient"], cfg.max_samples / len(ds), cfg.seed)
+            ds = ds.select(np.nonzero(keep)[0])
+        ds, skipped = decode_dataset(ds, cfg.model_kwargs())
+    pixels, labels = to_tensors(ds)
+    paths, groups = np.array(ds["path"]), np.array(ds["patient"])
+    fold = build_folds(labels.numpy(), groups, cfg.folds, cfg.seed)
+    if accelerator.is_main_process:
+        _write_csv(out / "folds.csv", [{"path": p, "patient": g, "label": int(y), "fold": int(k)}
+                                       for p, g, y, k in zip(paths, groups, labels.tolist(), fold)])
+    accelerator.print(f"{len(labels)} images, {len(set(groups))} patients, {int(labels.sum())} pneumonia "
+                      f"({labels.float().mean():.1%}); {len(skipped)} unreadable skipped; {accelerator.num_processes} "
+                      f"process(es) on {accelerator.device} ({accelerator.distributed_type})")
+
+    folds_to_run = cfg.only_folds or list(range(cfg.folds))
+    histories, per_fold, oof = {}, [], np.full(len(labels), np.nan)
+    for k in folds_to_run:
+        done_file = ckpt_dir / f"fold{k}.done.json"
+        if cfg.resume and done_file.exists():
+            res = json.loads(done_file.read_text())
+            accelerator.print(f"[fold{k}] already complete, loaded from {done_file}")
+        else:
+            tr, va = np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]
+            _, hist, val_p = fit(cfg, accelerator, pixels, labels, tr, va, ckpt_dir, f"fold{k}", 7919 * (k + 1), groups)
+            res = {"history": hist, "val_idx": va.tolist(), "val_p": val_p.tolist()}
+            if accelerator.is_main_process:
+                done_file.write_text(json.dumps(res))
+            accelerator.free_memory()
+        va, vp = np.array(res["val_idx"]), np.array(res["val_p"])
+        assert len(vp) == len(va), "every validation image must be scored exactly once"
+        oof[va] = vp
+        histories[f"fold{k}"] = res["history"]
+        per_fold.append(binary_metrics(labels[va].numpy(), vp, 0.5))
+
+    scored = ~np.isnan(oof)
+    y_oof, p_oof = labels.numpy()[scored], oof[scored]
+    threshold = choose_threshold(y_oof, p_oof, cfg.threshold_rule, cfg.target_sensitivity)
+    # per-fold metrics at the threshold chosen on all out-of-fold predictions
+    per_fold = []
+    for k in folds_to_run:
+        m = (fold == k) & scored
+        per_fold.append({"fold": k, **binary_metrics(labels.numpy()[m], oof[m], threshold)})
+    summary = {
+        "n_images": int(len(labels)), "n_patients": int(len(set(groups))), "skipped_images": len(skipped),
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        "threshold_rule": cfg.threshold_rule, "threshold": threshold,
+        "per_fold": per_fold, "mean_std": summarize(per_fold) if len(per_fold) > 1 else None,
+        "pooled_oof": binary_metrics(y_oof, p_oof, threshold),
+        "num_processes": accelerator.num_processes,
+    }
+    model_dir = None
+    if cfg.final_fit:
+        all_idx = np.arange(len(labels))
+        final, hist, _ = fit(cfg, accelerator, pixels, labels, all_idx, None, ckpt_dir, "final", 0, groups)
+        histories["final (all data)"] = hist
+        final.threshold = threshold
+        final.ood = _fit_ood(final, pixels, cfg)
+        model_dir = out / "model"
+        if accelerator.is_main_process:
+            from .card import model_card
+
+            final.save_pretrained(model_dir, config={**cfg.model_kwargs(), "labels": final.labels,
+                                                     "threshold": threshold, "ood": final.ood})
+            model_card(cfg, summary).save(model_dir / "README.md")
+    summary["wall_clock_seconds"] = round(time.time() - t_start, 1)
+
+    if accelerator.is_main_process:
+        (out / "cv_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _write_csv(out / "oof_predictions.csv", [
+            {"path": paths[i], "patient": groups[i], "label": int(labels[i]), "fold": int(fold[i]),
+             "probability_pneumonia": f"{oof[i]:.6f}", "prediction": int(oof[i] >= threshold)}
+            for i in np.nonzero(scored)[0]])
+        plot_learning_curves(histories, out / "plots" / "learning_curves.png")
+        plot_evaluation(y_oof, p_oof, threshold, out / "plots", title="(out-of-fold)")
+        ms = summary["pooled_oof"]
+        accelerator.print(
+            f"CV ({len(folds_to_run)} folds, pooled OOF at threshold {threshold:.3f}): acc {ms['accuracy']:.4f} "
+            f"sens {ms['recall']:.4f} spec {ms['specificity']:.4f} ROC AUC {ms['roc_auc']:.4f} "
+            f"| {summary['wall_clock_seconds']:.0f} s -> {out}")
+        if cfg.push_to_hub and model_dir is not None:
+            from huggingface_hub import HfApi
+
+            HfApi().create_repo(cfg.push_to_hub, exist_ok=True)
+            HfApi().upload_folder(repo_id=cfg.push_to_hub, folder_path=str(model_dir),
+                                  commit_message="Upload pneumonia-hf model trained with train.py")
+            accelerator.print(f"pushed {model_dir} to {cfg.push_to_hub}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+@torch.no_grad()
+def _fit_ood(model: PneumoniaCNN, pixels: torch.Tensor, cfg: TrainConfig) -> dict | None:
+    """Embedding statistics of the training images for the Space's out-of-distribution guard."""
+    try:
+        from .ood import fit_ood
+    except ImportError:
+        return None
+    model.eval()
+    feats = [model.forward_head(model.forward_features(normalize(pixels[i:i + 256].to(next(model.parameters()).device),
+                                                                  cfg.model_kwargs())), pre_logits=True).float().cpu()
+             for i in range(0, len(pixels), 256)]
+    return fit_ood(torch.cat(feats))
