@@ -52,3 +52,25 @@ def build_augment(level: str, image_size: int) -> v2.Compose | None:
     if level == "strong":
         ops.append(v2.RandomApply([v2.GaussianNoise(sigma=0.03, clip=True)], p=0.3))
     return v2.Compose(ops)
+
+
+class ClassAugment:
+    """Augment a batch on its device, with one v2 pipeline per class (e.g. stronger for NORMAL).
+
+    v2 transforms draw one set of random parameters per call, so images are augmented in groups of
+    `group_size` sharing parameters: per-image calls cost ~0.8 ms/img on a 2-core CPU (half the train
+    step), groups of 8 ~0.25 ms/img, and each image still gets fresh parameters every epoch.
+    """
+
+    def __init__(self, transforms: dict[int, v2.Compose | None], group_size: int = 8):
+        self.transforms, self.group_size = transforms, group_size
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, S, S), labels (B,) -> float32 (B, C, S, S) in [0, 1]."""
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        for c in y.unique().tolist():
+            idx = torch.nonzero(y == c).squeeze(1)
+            t = self.transforms.get(int(c))
+            for g in idx.split(self.group_size):
+                out[g] = t(x[g]) if t is not None else x[g].float() / 255.0
+        return out

@@ -160,18 +160,16 @@ def grouped_subset(labels: Sequence[int], groups: Sequence[str], fraction: float
 
 
 class XrayTensorDataset(torch.utils.data.Dataset):
-    """In-memory uint8 images with per-class augmentation; yields (uint8 (C, S, S), label)."""
+    """In-memory decoded images; yields (uint8 (C, S, S), label). Augmentation runs per batch in training."""
 
-    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, transforms: dict[int, Any] | None = None):
-        self.pixels, self.labels, self.transforms = pixels, labels, transforms or {}
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor):
+        self.pixels, self.labels = pixels, labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.pixels[i], self.labels[i]
-        t = self.transforms.get(int(y))
-        return (t(x) if t is not None else x), y
+        return self.pixels[i], self.labels[i]
 
 
 class BalancedSampler(torch.utils.data.Sampler[int]):

@@ -14,7 +14,7 @@ from .preprocessing import ImageLoadError, ImageSource, build_eval_transform
 
 # The checkpoint shipped inside the package (Hub layout: model.safetensors, config.json, README.md).
 BUNDLED_MODEL_DIR = Path(__file__).parent / "pretrained"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm", ".dicom"}
 
 
 class NoBundledModelError(FileNotFoundError):

@@ -179,7 +179,8 @@ def read_image(source: ImageSource) -> Image.Image:
     except Exception:  # a broken EXIF block must not make a readable image unusable
         pass
     if im.width < 8 or im.height < 8:
-        raise ImageLoadError(f"image is {im.width}x{im.height} pixels; at least 8x8 is needed")
+        name = Path(source).name if isinstance(source, (str, os.PathLike)) else "image"
+        raise ImageLoadError(f"{name}: {im.width}x{im.height} pixels is too small; at least 8x8 is needed")
     return im
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .augment import build_augment
+from .augment import ClassAugment, build_augment
 from .config import TrainConfig
 from .data import BalancedSampler, XrayTensorDataset, build_folds, decode_dataset, grouped_subset, load_source, to_tensors
 from .losses import build_loss
@@ -29,18 +30,23 @@ def build_model(cfg: TrainConfig, **overrides) -> PneumoniaCNN:
 
 
 def make_loaders(cfg: TrainConfig, pixels: torch.Tensor, labels: torch.Tensor, train_idx: np.ndarray,
-                 val_idx: np.ndarray | None) -> tuple[DataLoader, DataLoader | None]:
-    """Training loader (augmented, class-balanced sampler) and plain validation loader."""
+                 val_idx: np.ndarray | None, num_processes: int = 1) -> tuple[DataLoader, DataLoader | None]:
+    """Training loader (augmented, class-balanced sampler) and plain validation loader.
+
+    --batch-size is the global batch: each of N processes takes batch_size / N consecutive samples of the
+    same seeded stream, so 1 and N processes see the same data in the same optimizer steps.
+    """
+    if cfg.batch_size % num_processes:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {num_processes} processes")
+    bs = cfg.batch_size // num_processes
     ytr = labels[train_idx]
-    aug = build_augment(cfg.augment, cfg.image_size)
-    minority = build_augment(cfg.minority_augment, cfg.image_size) if cfg.minority_augment else aug
-    train_ds = XrayTensorDataset(pixels[train_idx], ytr, {0: minority, 1: aug})
+    train_ds = XrayTensorDataset(pixels[train_idx], ytr)
     sampler = BalancedSampler(ytr, cfg.sampler, cfg.seed)
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+    train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=cfg.num_workers,
                               drop_last=True, persistent_workers=cfg.num_workers > 0)
     val_loader = None
     if val_idx is not None and len(val_idx):
-        val_loader = DataLoader(XrayTensorDataset(pixels[val_idx], labels[val_idx]), batch_size=cfg.batch_size * 2)
+        val_loader = DataLoader(XrayTensorDataset(pixels[val_idx], labels[val_idx]), batch_size=bs * 2)
     return train_loader, val_loader
 
 
@@ -56,15 +62,24 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, accelerator, cfg: TrainConfig, desc: str) -> float:
+def build_train_augment(cfg: TrainConfig) -> ClassAugment:
+    """Per-class batch augmentation: --minority-augment for NORMAL (class 0), --augment for PNEUMONIA."""
+    aug = build_augment(cfg.augment, cfg.image_size)
+    minority = build_augment(cfg.minority_augment, cfg.image_size) if cfg.minority_augment else aug
+    return ClassAugment({0: minority, 1: aug})
+
+
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, accelerator, cfg: TrainConfig, desc: str,
+                    augment: ClassAugment | None = None) -> float:
     """One pass over the training loader; returns the mean loss over all processes."""
     from tqdm.auto import tqdm
 
+    augment = augment or build_train_augment(cfg)
     model.train()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
     bar = tqdm(loader, desc=desc, leave=False, disable=not (cfg.progress and accelerator.is_main_process))
     for x, y in bar:
-        x = normalize(x, cfg.model_kwargs())  # (B, C, S, S) float
+        x = normalize(augment(x, y), cfg.model_kwargs())  # uint8 -> float (B, C, S, S)
         with accelerator.autocast():
             loss = loss_fn(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -99,6 +114,24 @@ def _bce(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
+def _checkpoint(accelerator, ckpt_dir: Path, name: str, epoch: int, progress: dict) -> None:
+    """Crash-safe end-of-epoch state: save_state into a fresh folder, then point the progress file at it
+    (atomic rename), then drop older folders. A kill at any moment leaves a consistent checkpoint."""
+    import shutil
+
+    state_dir = ckpt_dir / name / f"epoch{epoch:03d}"
+    accelerator.save_state(str(state_dir))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = ckpt_dir / f"{name}.progress.json.tmp"
+        tmp.write_text(json.dumps({"epoch": epoch, "state_dir": str(state_dir), **progress}))
+        os.replace(tmp, ckpt_dir / f"{name}.progress.json")
+        for old in (ckpt_dir / name).glob("epoch*"):
+            if old != state_dir:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
 def fit(cfg: TrainConfig, accelerator, pixels, labels, train_idx, val_idx, ckpt_dir: Path, name: str, seed_offset: int,
         groups: np.ndarray | None = None):
     """Train one model on train_idx; score val_idx each epoch (monitoring only). Resumable per epoch.
@@ -114,24 +147,27 @@ def fit(cfg: TrainConfig, accelerator, pixels, labels, train_idx, val_idx, ckpt_
         train_idx, inner_idx = train_idx[~mask], train_idx[mask]
     set_seed(cfg.seed + seed_offset)
     model = build_model(cfg)
-    train_loader, val_loader = make_loaders(cfg, pixels, labels, train_idx, val_idx)
-    inner_loader = make_loaders(cfg, pixels, labels, train_idx[:0], inner_idx)[1] if inner_idx is not None else None
+    n_proc = accelerator.num_processes
+    train_loader, val_loader = make_loaders(cfg, pixels, labels, train_idx, val_idx, n_proc)
+    inner_loader = make_loaders(cfg, pixels, labels, train_idx[:0], inner_idx, n_proc)[1] if inner_idx is not None else None
     ytr = labels[train_idx]
     loss_fn = build_loss(cfg.loss, int((ytr == 0).sum()), int((ytr == 1).sum()), cfg.focal_alpha, cfg.focal_gamma,
                          cfg.label_smoothing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * len(train_loader)  # single-process steps; accelerate steps the scheduler num_processes x
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps, max(1, int(cfg.warmup_epochs * len(train_loader)))))
+    # Counted in per-process batches: the prepared scheduler steps num_processes times per optimizer step.
+    per_epoch = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.epochs * per_epoch, max(1, int(cfg.warmup_epochs * per_epoch))))
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     val_loader = accelerator.prepare(val_loader) if val_loader is not None else None
     inner_loader = accelerator.prepare(inner_loader) if inner_loader is not None else None
     loss_fn = loss_fn.to(accelerator.device)
 
-    state_dir, progress_file = ckpt_dir / name, ckpt_dir / f"{name}.progress.json"
+    progress_file = ckpt_dir / f"{name}.progress.json"
     history, start, best, bad_epochs = [], 0, -math.inf, 0
     if cfg.resume and progress_file.exists():
         prog = json.loads(progress_file.read_text())
-        accelerator.load_state(str(state_dir))
+        accelerator.load_state(prog["state_dir"])
         history, start, best, bad_epochs = prog["history"], prog["epoch"] + 1, prog["best"], prog["bad_epochs"]
         accelerator.print(f"[{name}] resumed after epoch {start}")
 
@@ -146,6 +182,8 @@ def fit(cfg: TrainConfig, accelerator, pixels, labels, train_idx, val_idx, ckpt_
                                                                accelerator, cfg, f"{name} epoch {epoch + 1}/{cfg.epochs}")}
         if val_loader is not None:
             val_p, val_y = predict_loader(model, val_loader, accelerator, cfg)
+            if not np.array_equal(val_y, labels[val_idx].numpy()):
+                raise RuntimeError(f"gathered {len(val_y)} validation labels, expected the {len(val_idx)} of the fold in order")
             rec.update(val_loss=_bce(val_y, val_p), val_roc_auc=binary_metrics(val_y, val_p)["roc_auc"])
         if inner_loader is not None:
             ip, iy = predict_loader(model, inner_loader, accelerator, cfg)
@@ -161,10 +199,7 @@ def fit(cfg: TrainConfig, accelerator, pixels, labels, train_idx, val_idx, ckpt_
         history.append(rec)
         accelerator.print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} " + " ".join(
             f"{k}={v:.4f}" for k, v in rec.items() if k not in ("epoch",)))
-        accelerator.save_state(str(state_dir))
-        if accelerator.is_main_process:
-            progress_file.write_text(json.dumps({"epoch": epoch, "history": history, "best": best, "bad_epochs": bad_epochs}))
-        accelerator.wait_for_everyone()
+        _checkpoint(accelerator, ckpt_dir, name, epoch, {"history": history, "best": best, "bad_epochs": bad_epochs})
 
     unwrapped = accelerator.unwrap_model(model)
     if inner_loader is not None and (ckpt_dir / f"{name}.best").exists():
@@ -194,7 +229,10 @@ def run(cfg: TrainConfig) -> dict:
     from .plots import plot_evaluation, plot_learning_curves
 
     cfg.validate()
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # `accelerate launch --multi_gpu` on a machine without GPUs: Accelerate only falls back to gloo on the CPU
+    # (DistributedType.MULTI_CPU) when told cpu=True, else each process would train alone.
+    cpu_distributed = "LOCAL_RANK" in os.environ and not torch.accelerator.is_available()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu_distributed)
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
     if accelerator.is_main_process:
@@ -232,7 +270,8 @@ def run(cfg: TrainConfig) -> dict:
             _, hist, val_p = fit(cfg, accelerator, pixels, labels, tr, va, ckpt_dir, f"fold{k}", 7919 * (k + 1), groups)
             res = {"history": hist, "val_idx": va.tolist(), "val_p": val_p.tolist()}
             if accelerator.is_main_process:
-                done_file.write_text(json.dumps(res))
+                done_file.with_suffix(".tmp").write_text(json.dumps(res))
+                os.replace(done_file.with_suffix(".tmp"), done_file)
             accelerator.free_memory()
         va, vp = np.array(res["val_idx"]), np.array(res["val_p"])
         assert len(vp) == len(va), "every validation image must be scored exactly once"
