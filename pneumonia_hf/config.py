@@ -25,6 +25,7 @@ class TrainConfig:
     only_folds: list[int] = field(default_factory=list)  # run just these folds (e.g. 0), default all
     final_fit: bool = True  # after CV, train on all data and save the model
     # model (forwarded to PneumoniaCNN)
+    arch: str = "pneumonia-cnn"  # or a torchvision classifier name (e.g. resnet18) for baselines, with --no-final-fit
     in_channels: int = 1
     stem_width: int = 16
     widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
@@ -90,6 +91,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.arch != "pneumonia-cnn" and self.final_fit:
+            raise ValueError(f"--arch {self.arch} is for CV baselines only: add --no-final-fit")
         if self.folds < 2:
             raise ValueError("--folds must be at least 2 (patient-grouped cross-validation)")
         if any(not 0 <= f < self.folds for f in self.only_folds):

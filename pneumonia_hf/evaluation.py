@@ -10,8 +10,9 @@ import torch
 
 
 @torch.inference_mode()
-def predict_pixels(model, pixels: torch.Tensor, batch_size: int = 128, progress: bool = True) -> np.ndarray:
-    """P(pneumonia) for cached uint8 images (N, C, S, S)."""
+def predict_pixels(model, pixels: torch.Tensor, batch_size: int = 128, progress: bool = True,
+                   config=None) -> np.ndarray:
+    """P(pneumonia) for cached uint8 images (N, C, S, S); normalised with `config` (default: the model's own)."""
     from tqdm.auto import tqdm
 
     from .preprocessing import normalize
@@ -19,8 +20,8 @@ def predict_pixels(model, pixels: torch.Tensor, batch_size: int = 128, progress:
     model.eval()
     out = []
     for i in tqdm(range(0, len(pixels), batch_size), desc="evaluate", disable=not progress, leave=False):
-        out.append(torch.sigmoid(model(normalize(pixels[i:i + batch_size], model))))
-    return torch.cat(out).numpy() if out else np.zeros(0)
+        out.append(torch.sigmoid(model(normalize(pixels[i:i + batch_size], config if config is not None else model))))
+    return torch.cat(out).float().cpu().numpy() if out else np.zeros(0)
 
 
 def evaluate_model(model_name_or_path: str | None, data: str, split: str = "test", output_dir: str | Path = "eval",

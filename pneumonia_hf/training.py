@@ -24,8 +24,27 @@ from .preprocessing import normalize
 logger = logging.getLogger("pneumonia_hf.training")
 
 
-def build_model(cfg: TrainConfig, **overrides) -> PneumoniaCNN:
-    """A fresh PneumoniaCNN from the config's model fields."""
+class TorchvisionBaseline(torch.nn.Module):
+    """A torchvision classifier (random init) with one logit, for side-by-side comparisons only."""
+
+    def __init__(self, name: str, in_channels: int):
+        super().__init__()
+        import torchvision
+
+        self.net = getattr(torchvision.models, name)(weights=None, num_classes=1)
+        if in_channels != 3 and hasattr(self.net, "conv1"):
+            old = self.net.conv1
+            self.net.conv1 = torch.nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                                             bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+def build_model(cfg: TrainConfig, **overrides) -> torch.nn.Module:
+    """A fresh PneumoniaCNN from the config's model fields (or a torchvision baseline with --arch)."""
+    if cfg.arch != "pneumonia-cnn":
+        return TorchvisionBaseline(cfg.arch, cfg.in_channels)
     return PneumoniaCNN(**{**cfg.model_kwargs(), **overrides})
 
 
@@ -259,7 +278,7 @@ def run(cfg: TrainConfig) -> dict:
                       f"process(es) on {accelerator.device} ({accelerator.distributed_type})")
 
     folds_to_run = cfg.only_folds or list(range(cfg.folds))
-    histories, per_fold, oof = {}, [], np.full(len(labels), np.nan)
+    histories, per_fold, oof, shifted_oof = {}, [], np.full(len(labels), np.nan), {}
     for k in folds_to_run:
         done_file = ckpt_dir / f"fold{k}.done.json"
         if cfg.resume and done_file.exists():
@@ -267,8 +286,10 @@ def run(cfg: TrainConfig) -> dict:
             accelerator.print(f"[fold{k}] already complete, loaded from {done_file}")
         else:
             tr, va = np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]
-            _, hist, val_p = fit(cfg, accelerator, pixels, labels, tr, va, ckpt_dir, f"fold{k}", 7919 * (k + 1), groups)
-            res = {"history": hist, "val_idx": va.tolist(), "val_p": val_p.tolist()}
+            fold_model, hist, val_p = fit(cfg, accelerator, pixels, labels, tr, va, ckpt_dir, f"fold{k}", 7919 * (k + 1),
+                                          groups)
+            res = {"history": hist, "val_idx": va.tolist(), "val_p": val_p.tolist(),
+                   "shifted_p": _shifted_predictions(fold_model, pixels[va], cfg)}
             if accelerator.is_main_process:
                 done_file.with_suffix(".tmp").write_text(json.dumps(res))
                 os.replace(done_file.with_suffix(".tmp"), done_file)
@@ -276,6 +297,8 @@ def run(cfg: TrainConfig) -> dict:
         va, vp = np.array(res["val_idx"]), np.array(res["val_p"])
         assert len(vp) == len(va), "every validation image must be scored exactly once"
         oof[va] = vp
+        for name, sp in res["shifted_p"].items():
+            shifted_oof.setdefault(name, np.full(len(labels), np.nan))[va] = sp
         histories[f"fold{k}"] = res["history"]
         per_fold.append(binary_metrics(labels[va].numpy(), vp, 0.5))
 
@@ -293,6 +316,8 @@ def run(cfg: TrainConfig) -> dict:
         "threshold_rule": cfg.threshold_rule, "threshold": threshold,
         "per_fold": per_fold, "mean_std": summarize(per_fold) if len(per_fold) > 1 else None,
         "pooled_oof": binary_metrics(y_oof, p_oof, threshold),
+        # the same out-of-fold images under acquisition shifts, at the same threshold (see pneumonia_hf.shift)
+        "shifted_oof": {n: binary_metrics(y_oof, sp[scored], threshold) for n, sp in shifted_oof.items()},
         "num_processes": accelerator.num_processes,
     }
     model_dir = None
@@ -320,6 +345,10 @@ def run(cfg: TrainConfig) -> dict:
         plot_learning_curves(histories, out / "plots" / "learning_curves.png")
         plot_evaluation(y_oof, p_oof, threshold, out / "plots", title="(out-of-fold)")
         ms = summary["pooled_oof"]
+        if summary["shifted_oof"]:
+            sh = summary["shifted_oof"].values()
+            accelerator.print("under acquisition shift (mean of {} perturbations): ROC AUC {:.4f} sens {:.4f} spec {:.4f}"
+                              .format(len(sh), *(np.mean([m[k] for m in sh]) for k in ("roc_auc", "recall", "specificity"))))
         accelerator.print(
             f"CV ({len(folds_to_run)} folds, pooled OOF at threshold {threshold:.3f}): acc {ms['accuracy']:.4f} "
             f"sens {ms['recall']:.4f} spec {ms['specificity']:.4f} ROC AUC {ms['roc_auc']:.4f} "
@@ -334,6 +363,18 @@ def run(cfg: TrainConfig) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+@torch.no_grad()
+def _shifted_predictions(model: PneumoniaCNN, pixels: torch.Tensor, cfg: TrainConfig) -> dict[str, list[float]]:
+    """P(pneumonia) of a validation fold under each acquisition-shift perturbation (main-process, unsharded)."""
+    from .evaluation import predict_pixels
+    from .shift import PERTURBATIONS, perturb
+
+    model.eval()
+    device = next(model.parameters()).device
+    return {name: predict_pixels(model, perturb(pixels.to(device), name), progress=False, config=cfg.model_kwargs()).tolist()
+            for name in PERTURBATIONS}
 
 
 @torch.no_grad()
