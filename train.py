@@ -10,7 +10,6 @@ from pneumonia_hf.training import run
 
 if __name__ == "__main__":
     try:
-        cfg = parse_config()
-    except ValueError as e:
+        run(parse_config())
+    except (ValueError, FileNotFoundError) as e:  # bad data source, flags or --resume mismatch: one line, no traceback
         sys.exit(f"train.py: error: {e}")
-    run(cfg)

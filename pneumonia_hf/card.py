@@ -22,7 +22,7 @@ A {{ n_params }}-parameter CNN that labels a pediatric chest X-ray NORMAL or PNE
 
 Trained with `pneumonia-hf` `train.py` on {{ n_images }} images ({{ n_patients }} patients) of the Kermany et al.
 training split. Metrics below are {{ folds }}-fold **patient-grouped** cross-validation (out-of-fold predictions,
-mean ± sd over folds) at the stored threshold {{ threshold }} ({{ threshold_rule }} rule on out-of-fold predictions).
+mean ± sd over folds) at the stored threshold {{ threshold }} ({{ threshold_rule }}).
 
 {{ cv_table }}
 
@@ -41,6 +41,18 @@ def cv_table(summary: dict) -> str:
         cells = [k] + ([f"{ms[k]['mean']:.4f} ± {ms[k]['std']:.4f}"] if ms else []) + [f"{pooled:.4f}"]
         rows.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(rows)
+
+
+def shift_table(summary: dict) -> str:
+    """Markdown table of the out-of-fold metrics under each acquisition-shift perturbation."""
+    sh = summary.get("shifted_oof") or {}
+    if not sh:
+        return ""
+    clean = summary["pooled_oof"]
+    rows = [f"| none (clean) | {clean['roc_auc']:.4f} | {clean['recall']:.4f} | {clean['specificity']:.4f} |"]
+    rows += [f"| {name} | {m['roc_auc']:.4f} | {m['recall']:.4f} | {m['specificity']:.4f} |" for name, m in sh.items()]
+    return ("Out-of-fold images under acquisition shift, at the stored threshold:\n\n"
+            "| perturbation | ROC AUC | sensitivity | specificity |\n|---|---|---|---|\n" + "\n".join(rows))
 
 
 def card_data(summary: dict, model_name: str = "pneumonia-hf") -> ModelCardData:
@@ -66,7 +78,8 @@ def model_card(cfg: TrainConfig, summary: dict, template_path: str | Path | None
     kwargs = dict(model_name="pneumonia-hf", n_params=f"{n_params:,}", n_images=summary["n_images"],
                   n_patients=summary["n_patients"], folds=len(summary["per_fold"]),
                   threshold=f"{summary['threshold']:.4f}", threshold_rule=summary["threshold_rule"],
-                  cv_table=cv_table(summary), **extra)
+                  cv_table=cv_table(summary), shift_table=shift_table(summary), image_size=cfg.image_size,
+                  repo_id="pneumonia-hf/pneumonia-cnn", **extra)
     data = card_data(summary)
     if template_path:
         return ModelCard.from_template(data, template_path=str(template_path), **kwargs)

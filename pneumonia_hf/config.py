@@ -58,6 +58,7 @@ class TrainConfig:
     # decision threshold, chosen on out-of-fold predictions
     threshold_rule: str = "youden"  # youden | sensitivity
     target_sensitivity: float = 0.97
+    threshold_on: str = "clean"  # clean: OOF predictions; shifted: OOF predictions plus their 9 perturbed copies
     # run control
     seed: int = 42
     num_workers: int = 0
@@ -86,6 +87,7 @@ class TrainConfig:
             "augment": ("none", "light", "medium", "strong"),
             "minority_augment": ("", "none", "light", "medium", "strong"),
             "threshold_rule": ("youden", "sensitivity"),
+            "threshold_on": ("clean", "shifted"),
             "mixed_precision": ("no", "bf16", "fp16"),
         }
         for name, allowed in choices.items():

@@ -53,6 +53,10 @@ def load_source(source: str, split: str = "train"):
         dsd = load_dataset("parquet", data_files={split: [str(f) for f in sorted(p.rglob("*.parquet"))]})
     elif p.is_dir():
         dsd = load_dataset("imagefolder", data_dir=str(p))
+        if all("label" not in d.column_names for d in dsd.values()):
+            # imagefolder drops the label column when it finds a single class folder
+            raise ValueError(f"{source}: found no class labels; an image folder needs NORMAL/ and PNEUMONIA/ "
+                             "subfolders (both classes are needed)")
     elif p.suffix == ".parquet":
         dsd = load_dataset("parquet", data_files={split: str(p)})
     elif p.exists():
@@ -73,7 +77,7 @@ def load_source(source: str, split: str = "train"):
     else:  # plain strings or ints: take the names as they are
         values = sorted(set(ds["label"]))
         mapping = _label_map([str(v) for v in values])
-        mapping = {v: mapping[i] for i, v in enumerate(values)}
+        mapping = {v: mapping[i] for i, v in enumerate(values) if i in mapping}  # other classes are dropped
     ds = ds.cast_column("image", Image(decode=False))
     keep = [i for i, lab in enumerate(ds["label"]) if lab in mapping]
     if len(keep) < len(ds):

@@ -49,7 +49,7 @@ def choose_threshold(y_true, prob, rule: str = "youden", target_sensitivity: flo
     specificity) whose sensitivity is still >= target_sensitivity.
     """
     y, p = np.asarray(y_true).astype(int), np.asarray(prob, float)
-    fpr, tpr, thr = skm.roc_curve(y, p)
+    fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)  # every candidate, or the rule may skip the best
     thr = np.clip(thr, 0.0, 1.0)  # roc_curve's first threshold is +inf
     if rule == "youden":
         i = int(np.argmax(tpr - fpr))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -254,6 +255,13 @@ def run(cfg: TrainConfig) -> dict:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu_distributed)
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
+    if cfg.resume and (out / "train_config.json").exists():
+        before = {k: v for k, v in json.loads((out / "train_config.json").read_text()).items()
+                  if k not in ("resume", "progress", "push_to_hub", "num_workers")}
+        now = {k: v for k, v in dataclasses.asdict(cfg).items() if k in before}
+        changed = sorted(k for k in before if before[k] != now.get(k))
+        if changed:
+            raise ValueError(f"--resume with settings that differ from the run in {out}: {', '.join(changed)}")
     if accelerator.is_main_process:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (out / "plots").mkdir(exist_ok=True)
@@ -306,7 +314,12 @@ def run(cfg: TrainConfig) -> dict:
 
     scored = ~np.isnan(oof)
     y_oof, p_oof = labels.numpy()[scored], oof[scored]
-    threshold = choose_threshold(y_oof, p_oof, cfg.threshold_rule, cfg.target_sensitivity)
+    if cfg.threshold_on == "shifted" and shifted_oof:  # a threshold that holds across acquisition shifts
+        y_thr = np.concatenate([y_oof] * (1 + len(shifted_oof)))
+        p_thr = np.concatenate([p_oof, *(sp[scored] for sp in shifted_oof.values())])
+    else:
+        y_thr, p_thr = y_oof, p_oof
+    threshold = choose_threshold(y_thr, p_thr, cfg.threshold_rule, cfg.target_sensitivity)
     # per-fold metrics at the threshold chosen on all out-of-fold predictions
     per_fold = []
     for k in folds_to_run:
@@ -315,7 +328,7 @@ def run(cfg: TrainConfig) -> dict:
     summary = {
         "n_images": int(len(labels)), "n_patients": int(len(set(groups))), "skipped_images": len(skipped),
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
-        "threshold_rule": cfg.threshold_rule, "threshold": threshold,
+        "threshold_rule": f"{cfg.threshold_rule} on {cfg.threshold_on} out-of-fold predictions", "threshold": threshold,
         "per_fold": per_fold, "mean_std": summarize(per_fold) if len(per_fold) > 1 else None,
         "pooled_oof": binary_metrics(y_oof, p_oof, threshold),
         # the same out-of-fold images under acquisition shifts, at the same threshold (see pneumonia_hf.shift)

@@ -92,3 +92,34 @@ def hub_server():
     """A fake Hub on 127.0.0.1, fresh for each test module; `hub_server.env(home)` is a client's environment."""
     with HubServer() as server:
         yield server
+
+
+def write_xray_folder(root: Path, n_per_class: int, corrupt: bool = False) -> Path:
+    """An image folder root/train/{NORMAL,PNEUMONIA} of real X-rays, one per patient (names kept, so patient ids
+    parse); with `corrupt`, plus one PNEUMONIA file that is not an image. Skips when ../shared/data is missing."""
+    from pneumonia_hf.data import patient_id
+
+    for label in ("NORMAL", "PNEUMONIA"):
+        seen, dest = set(), root / "train" / label
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in sorted((DATA_DIR / "train" / label).glob("*.jp*g")):
+            if len(seen) == n_per_class:
+                break
+            if patient_id(f.name) not in seen:
+                seen.add(patient_id(f.name))
+                (dest / f.name).write_bytes(f.read_bytes())
+        if len(seen) < n_per_class:
+            pytest.skip(f"fewer than {n_per_class} {label} patients under {DATA_DIR / 'train'}")
+    if corrupt:
+        (root / "train" / "PNEUMONIA" / "person9999_bacteria_9999.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return root
+
+
+@pytest.fixture(scope="module")
+def datasets_cache(tmp_path_factory):
+    """Point this process's `datasets` cache at a fresh folder for the module, so tests leave ~/.cache alone."""
+    import datasets
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("datasets_cache"))
+        yield
