@@ -11,5 +11,5 @@ from pneumonia_hf.training import run
 if __name__ == "__main__":
     try:
         run(parse_config())
-    except (ValueError, FileNotFoundError) as e:  # bad data source, flags or --resume mismatch: one line, no traceback
+    except (ValueError, OSError) as e:  # bad data source or flags, --resume mismatch, Hub/network errors: one line
         sys.exit(f"train.py: error: {e}")

@@ -22,7 +22,8 @@ A {{ n_params }}-parameter CNN that labels a pediatric chest X-ray NORMAL or PNE
 
 Trained with `pneumonia-hf` `train.py` on {{ n_images }} images ({{ n_patients }} patients) of the Kermany et al.
 training split. Metrics below are {{ folds }}-fold **patient-grouped** cross-validation (out-of-fold predictions,
-mean ± sd over folds) at the stored threshold {{ threshold }} ({{ threshold_rule }}).
+mean ± sd over folds, each fold at the threshold chosen on the other folds) and pooled at the stored threshold
+{{ threshold }} ({{ threshold_rule }}).
 
 {{ cv_table }}
 
@@ -76,10 +77,10 @@ def model_card(cfg: TrainConfig, summary: dict, template_path: str | Path | None
 
     n_params = sum(p.numel() for p in build_model(cfg).parameters())
     kwargs = dict(model_name="pneumonia-hf", n_params=f"{n_params:,}", n_images=summary["n_images"],
-                  n_patients=summary["n_patients"], folds=len(summary["per_fold"]),
+                  n_patients=summary["n_patients"], folds=cfg.folds,
                   threshold=f"{summary['threshold']:.4f}", threshold_rule=summary["threshold_rule"],
                   cv_table=cv_table(summary), shift_table=shift_table(summary), image_size=cfg.image_size,
-                  repo_id="pneumonia-hf/pneumonia-cnn", **extra)
+                  repo_id=cfg.push_to_hub or "pneumonia-hf/pneumonia-cnn", **extra)
     data = card_data(summary)
     if template_path:
         return ModelCard.from_template(data, template_path=str(template_path), **kwargs)

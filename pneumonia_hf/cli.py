@@ -65,8 +65,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         summary = evaluate_model(args.model, args.data, split=args.split, output_dir=args.output_dir,
                                  batch_size=args.batch_size, max_samples=args.max_samples)
-    except (OSError, ValueError) as e:
-        return _fail(str(e).splitlines()[0])
+    except (OSError, ValueError, RuntimeError) as e:  # bad source/split, unreadable or mismatched model
+        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     m = summary["metrics"]
     print(
         f"{summary['n']} images | threshold {m['threshold']:.3f} | acc {m['accuracy']:.4f} "
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test")
     ev.add_argument("--output-dir", required=True)
     ev.add_argument("--batch-size", type=int, default=64)
-    ev.add_argument("--max-samples", type=int, default=None, help="evaluate on the first N images only")
+    ev.add_argument("--max-samples", type=int, default=None, help="evaluate on a random (seeded) subset of N images")
     ev.set_defaults(func=cmd_evaluate)
     return p
 

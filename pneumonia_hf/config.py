@@ -93,6 +93,17 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.monitor not in ("loss", "roc_auc", "pr_auc", "accuracy", "f1", "recall", "specificity", "precision"):
+            raise ValueError(f"--monitor must be loss or a higher-is-better metric (roc_auc, pr_auc, f1, ...), got {self.monitor!r}")
+        if not 0 < self.inner_val_fraction < 0.5:
+            raise ValueError("--inner-val-fraction must be in (0, 0.5)")
+        if not 0 < self.target_sensitivity <= 1:
+            raise ValueError("--target-sensitivity must be in (0, 1]")
+        if self.arch != "pneumonia-cnn":
+            import torchvision
+
+            if not hasattr(torchvision.models, self.arch):
+                raise ValueError(f"--arch {self.arch!r} is not a torchvision model")
         if self.arch != "pneumonia-cnn" and self.final_fit:
             raise ValueError(f"--arch {self.arch} is for CV baselines only: add --no-final-fit")
         if self.folds < 2:

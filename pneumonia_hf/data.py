@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Sequence
@@ -50,7 +51,7 @@ def load_source(source: str, split: str = "train"):
 
     p = Path(source)
     if p.is_dir() and any(p.rglob("*.parquet")):
-        dsd = load_dataset("parquet", data_files={split: [str(f) for f in sorted(p.rglob("*.parquet"))]})
+        dsd = load_dataset(str(p))  # a Hub-style snapshot: splits come from the file names (train-*, test-*)
     elif p.is_dir():
         dsd = load_dataset("imagefolder", data_dir=str(p))
         if all("label" not in d.column_names for d in dsd.values()):
@@ -107,7 +108,9 @@ def _decode_batch(batch: dict[str, list], cfg: dict) -> dict[str, list]:
             pixels.append(prepare_image(load_image(src), cfg).numpy())
             ok.append(True)
             errors.append("")
-        except (ImageLoadError, OSError) as e:
+        except Exception as e:  # one odd file must not stop a run: it is skipped and counted
+            if not isinstance(e, ImageLoadError):
+                e = f"{type(e).__name__}: {e}"
             pixels.append(blank)
             ok.append(False)
             errors.append(str(e))
@@ -124,7 +127,14 @@ def decode_dataset(ds, config: Any, desc: str = "decode + resize"):
     cfg = preprocess_config(config)
     shape = (int(cfg["in_channels"]), int(cfg["image_size"]), int(cfg["image_size"]))
     features = Features({**ds.features, "pixels": Array3D(shape, "uint8"), "ok": Value("bool"), "error": Value("string")})
-    out = ds.map(_decode_batch, batched=True, batch_size=64, fn_kwargs={"cfg": cfg}, features=features, desc=desc)
+    # datasets fingerprints a module-level function by name only: key the cache on the preprocessing code too,
+    # so an edit to it can never serve stale pixels to training while the CLI and Space use the new code.
+    from datasets.fingerprint import Hasher
+
+    code = Path(__file__).with_name("preprocessing.py").read_text() + inspect.getsource(_decode_batch)
+    fingerprint = Hasher.hash((ds._fingerprint, cfg, code))
+    out = ds.map(_decode_batch, batched=True, batch_size=64, fn_kwargs={"cfg": cfg}, features=features, desc=desc,
+                 new_fingerprint=fingerprint)
     bad = [i for i, k in enumerate(out["ok"]) if not k]
     skipped = [(out[i]["path"], out[i]["error"]) for i in bad]
     for pth, why in skipped:

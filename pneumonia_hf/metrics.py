@@ -74,3 +74,8 @@ def format_mean_std(summary: dict[str, dict[str, float]], keys=METRIC_NAMES, pct
     """'0.981 ± 0.004' strings for tables."""
     f = (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:.3f}")
     return {k: f"{f(summary[k]['mean'])} ± {f(summary[k]['std'])}" for k in keys}
+
+
+def with_shifted(y: np.ndarray, p: np.ndarray, shifted: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities of clean predictions stacked with the same images' perturbed predictions."""
+    return np.concatenate([y] * (1 + len(shifted))), np.concatenate([p, *shifted])

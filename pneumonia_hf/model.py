@@ -156,5 +156,6 @@ class PneumoniaCNN(
             )
         # safetensors raises on missing or unexpected keys when strict=True.
         load_model(model, model_file, strict=strict, device=map_location)
+        model.to(map_location)  # buffers and parameters alike
         model.eval()
         return model

@@ -77,21 +77,23 @@ def _read_dicom(fp: Path | BinaryIO, name: str) -> Image.Image:
             if "PixelData" not in ds:
                 raise ImageLoadError(f"{name}: DICOM file holds no image (no PixelData)")
             rows, cols = int(ds.Rows), int(ds.Columns)
-            if rows * cols > MAX_PIXELS:
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            if rows * cols * frames > MAX_PIXELS:
                 raise ImageLoadError(
                     f"{name}: {cols}x{rows} pixels is over the {MAX_PIXELS:,}-pixel limit (decompression bomb?)"
                 )
             arr = ds.pixel_array
+            photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+            if frames > 1:
+                arr = arr[0]  # (frames, H, W[, 3]) -> first frame
+            if photometric in ("MONOCHROME1", "MONOCHROME2") and arr.ndim == 2:
+                arr = apply_voi_lut(apply_modality_lut(arr, ds), ds, index=0)
     except ImageLoadError:
         raise
     except Exception as e:  # pydicom raises many types (InvalidDicomError, ValueError, NotImplementedError, ...)
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageLoadError(f"{name}: not a readable DICOM image ({msg})") from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        arr = arr[0]  # (frames, H, W[, 3]) -> first frame
     if photometric in ("MONOCHROME1", "MONOCHROME2") and arr.ndim == 2:
-        arr = apply_voi_lut(apply_modality_lut(arr, ds), ds, index=0)
         a = _scale_to_uint8(arr)
         if photometric == "MONOCHROME1":  # MONOCHROME1: low values are white; X-ray bone must come out bright
             a = 255 - a
@@ -148,8 +150,9 @@ def _open(source: ImageSource) -> Image.Image:
         raise ImageLoadError(f"{name}: refused as a possible decompression bomb ({e})") from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name}: not an image file PIL can read (expected JPEG or PNG)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageLoadError(f"{name}: corrupt or truncated image ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # PIL's decoders also raise EOFError, struct.error, IndexError, ... on broken files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageLoadError(f"{name}: corrupt or truncated image ({msg})") from None
     return im
 
 

@@ -18,7 +18,7 @@ from .augment import ClassAugment, build_augment
 from .config import TrainConfig
 from .data import BalancedSampler, XrayTensorDataset, build_folds, decode_dataset, grouped_subset, load_source, to_tensors
 from .losses import build_loss
-from .metrics import binary_metrics, choose_threshold, summarize
+from .metrics import binary_metrics, choose_threshold, summarize, with_shifted
 from .model import PneumoniaCNN
 from .preprocessing import normalize
 
@@ -110,7 +110,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, accelerator, c
         scheduler.step()
         total += loss.detach() * len(y)
         count += len(y)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if not bar.disable:  # .item() syncs the device: only when someone watches
+            bar.set_postfix(loss=f"{loss.item():.4f}")
     total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
     return float(total / count.clamp(min=1))
 
@@ -176,6 +177,9 @@ def fit(cfg: TrainConfig, accelerator, pixels, labels, train_idx, val_idx, ckpt_
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Counted in per-process batches: the prepared scheduler steps num_processes times per optimizer step.
     per_epoch = len(train_loader)
+    if per_epoch < 2 * n_proc:
+        raise ValueError(f"{len(train_idx)} training images make fewer than 2 batches of {cfg.batch_size}: "
+                         "lower --batch-size or use more data")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.epochs * per_epoch, max(1, int(cfg.warmup_epochs * per_epoch))))
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
@@ -195,7 +199,8 @@ def fit(cfg: TrainConfig, accelerator, pixels, labels, train_idx, val_idx, ckpt_
     for epoch in range(start, cfg.epochs):
         if bad_epochs >= cfg.early_stopping_patience > 0:
             break
-        set_seed(cfg.seed + seed_offset + 1009 * (epoch + 1))  # each epoch's randomness is fixed: exact resume
+        # each epoch's randomness is fixed (exact resume); ranks differ so they draw different augmentations
+        set_seed(cfg.seed + seed_offset + 1009 * (epoch + 1) + 100_003 * accelerator.process_index)
         train_loader.set_epoch(epoch)
         t0 = time.time()
         rec = {"epoch": epoch, "train_loss": train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler,
@@ -263,6 +268,10 @@ def run(cfg: TrainConfig) -> dict:
         if changed:
             raise ValueError(f"--resume with settings that differ from the run in {out}: {', '.join(changed)}")
     if accelerator.is_main_process:
+        if not cfg.resume and ckpt_dir.exists():  # a fresh run must never pick up an older run's fold results
+            import shutil
+
+            shutil.rmtree(ckpt_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (out / "plots").mkdir(exist_ok=True)
         cfg.save(out / "train_config.json")
@@ -286,7 +295,7 @@ def run(cfg: TrainConfig) -> dict:
                       f"process(es) on {accelerator.device} ({accelerator.distributed_type})")
 
     folds_to_run = cfg.only_folds or list(range(cfg.folds))
-    histories, per_fold, oof, shifted_oof, fold_results = {}, [], np.full(len(labels), np.nan), {}, []
+    histories, oof, shifted_oof, fold_results = {}, np.full(len(labels), np.nan), {}, []
     for k in folds_to_run:
         done_file = ckpt_dir / f"fold{k}.done.json"
         if cfg.resume and done_file.exists():
@@ -310,21 +319,23 @@ def run(cfg: TrainConfig) -> dict:
             shifted_oof.setdefault(name, np.full(len(labels), np.nan))[va] = sp
         histories[f"fold{k}"] = res["history"]
         fold_results.append(res)
-        per_fold.append(binary_metrics(labels[va].numpy(), vp, 0.5))
 
     scored = ~np.isnan(oof)
-    y_oof, p_oof = labels.numpy()[scored], oof[scored]
-    if cfg.threshold_on == "shifted" and shifted_oof:  # a threshold that holds across acquisition shifts
-        y_thr = np.concatenate([y_oof] * (1 + len(shifted_oof)))
-        p_thr = np.concatenate([p_oof, *(sp[scored] for sp in shifted_oof.values())])
-    else:
-        y_thr, p_thr = y_oof, p_oof
-    threshold = choose_threshold(y_thr, p_thr, cfg.threshold_rule, cfg.target_sensitivity)
-    # per-fold metrics at the threshold chosen on all out-of-fold predictions
+    y_all = labels.numpy()
+    y_oof, p_oof = y_all[scored], oof[scored]
+
+    def pick_threshold(mask: np.ndarray) -> float:
+        shifts = [sp[mask] for sp in shifted_oof.values()] if cfg.threshold_on == "shifted" else []
+        y, p = with_shifted(y_all[mask], oof[mask], shifts)  # shifted: a threshold that holds across acquisition shifts
+        return choose_threshold(y, p, cfg.threshold_rule, cfg.target_sensitivity)
+
+    threshold = pick_threshold(scored)  # the shipped operating point: all out-of-fold predictions
+    # Each fold is scored at a threshold chosen on the *other* folds' predictions (nested), so no fold's
+    # figures come from an operating point tuned on that fold.
     per_fold = []
     for k in folds_to_run:
-        m = (fold == k) & scored
-        per_fold.append({"fold": k, **binary_metrics(labels.numpy()[m], oof[m], threshold)})
+        m, others = (fold == k) & scored, (fold != k) & scored
+        per_fold.append({"fold": k, **binary_metrics(y_all[m], oof[m], pick_threshold(others) if others.any() else threshold)})
     summary = {
         "n_images": int(len(labels)), "n_patients": int(len(set(groups))), "skipped_images": len(skipped),
         "skipped": [{"path": p, "reason": r} for p, r in skipped],

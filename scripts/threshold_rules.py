@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumonia_hf.metrics import binary_metrics, choose_threshold
+from pneumonia_hf.metrics import binary_metrics, choose_threshold, with_shifted
 
 
 def load_oof(run: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -38,8 +38,7 @@ def load_oof(run: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
 def main() -> None:
     run = Path(sys.argv[1])
     y, p, shifted = load_oof(run)
-    y_sh = np.concatenate([y] * (1 + len(shifted)))
-    p_sh = np.concatenate([p, *shifted.values()])
+    y_sh, p_sh = with_shifted(y, p, list(shifted.values()))
     rules = {
         "Youden, clean OOF": choose_threshold(y, p, "youden"),
         "Youden, clean + shifted OOF": choose_threshold(y_sh, p_sh, "youden"),

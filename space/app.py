@@ -52,7 +52,11 @@ NOTICE = (
 
 def max_file_bytes() -> int:
     """Upload limit in bytes, from PNEUMONIA_HF_MAX_FILE_MB (default 50 MB: an uncompressed 16-bit DICOM fits)."""
-    return int(float(os.environ.get(MAX_FILE_MB_ENV, "50")) * 1024 * 1024)
+    raw = os.environ.get(MAX_FILE_MB_ENV, "50")
+    try:
+        return int(float(raw) * 1024 * 1024)
+    except ValueError:
+        sys.exit(f"space/app.py: {MAX_FILE_MB_ENV} must be a number of megabytes, got {raw!r}")
 
 
 def example_files(folder: str | None = None) -> list[str]:
@@ -199,6 +203,8 @@ def main() -> None:
         model = load_model(model_id)
     except NoBundledModelError as e:
         sys.exit(f"space/app.py: {e} (or set {MODEL_ENV})")
+    except Exception as e:  # a wrong PNEUMONIA_HF_MODEL: say which and why, in one line
+        sys.exit(f"space/app.py: cannot load model {model_id!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     model_name = model_id or "bundled checkpoint (pneumonia_hf/pretrained)"
     print(f"pneumonia_hf from {Path(pneumonia_hf.__file__).parent}; model {model_name}", flush=True)
     demo = build_demo(Classifier(model, model_name), example_files())
