@@ -58,6 +58,7 @@ class TrainConfig:
     # decision threshold, chosen on out-of-fold predictions
     threshold_rule: str = "youden"  # youden | sensitivity
     target_sensitivity: float = 0.97
+    calibrate: bool = True  # Platt-scale on out-of-fold predictions and fold the scaling into the final head
     threshold_on: str = "clean"  # clean: OOF predictions; shifted: OOF predictions plus their 9 perturbed copies
     # run control
     seed: int = 42

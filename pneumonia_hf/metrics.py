@@ -79,3 +79,18 @@ def format_mean_std(summary: dict[str, dict[str, float]], keys=METRIC_NAMES, pct
 def with_shifted(y: np.ndarray, p: np.ndarray, shifted: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities of clean predictions stacked with the same images' perturbed predictions."""
     return np.concatenate([y] * (1 + len(shifted))), np.concatenate([p, *shifted])
+
+
+def fit_platt(y_true: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
+    """Platt scaling (a, b) so that sigmoid(a * logit(p) + b) is calibrated on these predictions."""
+    from sklearn.linear_model import LogisticRegression
+
+    logit = np.log(np.clip(prob, 1e-7, 1 - 1e-7) / np.clip(1 - prob, 1e-7, 1)).reshape(-1, 1)
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(logit, np.asarray(y_true).astype(int))
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
+def apply_platt(prob: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Calibrated probabilities sigmoid(a * logit(p) + b)."""
+    p = np.clip(np.asarray(prob, float), 1e-7, 1 - 1e-7)
+    return 1 / (1 + np.exp(-(a * np.log(p / (1 - p)) + b)))

@@ -18,7 +18,7 @@ from .augment import ClassAugment, build_augment
 from .config import TrainConfig
 from .data import BalancedSampler, XrayTensorDataset, build_folds, decode_dataset, grouped_subset, load_source, to_tensors
 from .losses import build_loss
-from .metrics import binary_metrics, choose_threshold, summarize, with_shifted
+from .metrics import apply_platt, binary_metrics, choose_threshold, fit_platt, summarize, with_shifted
 from .model import PneumoniaCNN
 from .preprocessing import normalize
 
@@ -322,6 +322,14 @@ def run(cfg: TrainConfig) -> dict:
 
     scored = ~np.isnan(oof)
     y_all = labels.numpy()
+    platt = None
+    if cfg.calibrate and scored.any():
+        # Weighted sampling and focal loss skew probabilities; one (a, b) fitted on all out-of-fold predictions
+        # maps them back to frequencies. Monotone: ROC AUC and the sens/spec trade-off are unchanged.
+        platt = fit_platt(y_all[scored], oof[scored])
+        oof[scored] = apply_platt(oof[scored], *platt)
+        for sp in shifted_oof.values():
+            sp[scored] = apply_platt(sp[scored], *platt)
     y_oof, p_oof = y_all[scored], oof[scored]
 
     def pick_threshold(mask: np.ndarray) -> float:
@@ -340,6 +348,7 @@ def run(cfg: TrainConfig) -> dict:
         "n_images": int(len(labels)), "n_patients": int(len(set(groups))), "skipped_images": len(skipped),
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         "threshold_rule": f"{cfg.threshold_rule} on {cfg.threshold_on} out-of-fold predictions", "threshold": threshold,
+        "platt_scaling": None if platt is None else {"a": platt[0], "b": platt[1]},
         "per_fold": per_fold, "mean_std": summarize(per_fold) if len(per_fold) > 1 else None,
         "pooled_oof": binary_metrics(y_oof, p_oof, threshold),
         # the same out-of-fold images under acquisition shifts, at the same threshold (see pneumonia_hf.shift)
@@ -353,6 +362,10 @@ def run(cfg: TrainConfig) -> dict:
         all_idx = np.arange(len(labels))
         final, hist, _ = fit(cfg, accelerator, pixels, labels, all_idx, None, ckpt_dir, "final", 0, groups)
         histories["final (all data)"] = hist
+        if platt is not None:  # logit' = a * logit + b, folded into the head: the model itself is calibrated
+            with torch.no_grad():
+                final.head.weight.mul_(platt[0])
+                final.head.bias.mul_(platt[0]).add_(platt[1])
         final.threshold = threshold
         final.ood = _fit_ood(final, pixels, cfg)
         ratios = [r["ood"]["ratio"] for r in fold_results if r.get("ood")]

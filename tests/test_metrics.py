@@ -88,3 +88,28 @@ def test_summarize_gives_mean_and_sample_sd():
     recalls = [1.0, 0.8, 0.6]
     assert s["recall"]["mean"] == pytest.approx(np.mean(recalls))
     assert s["recall"]["std"] == pytest.approx(np.std(recalls, ddof=1))
+
+
+def test_platt_scaling_folded_into_the_head_matches_apply_platt():
+    """Training folds Platt scaling into the final head; the model's probabilities must equal apply_platt's."""
+    import torch
+
+    from pneumonia_hf import PneumoniaCNN
+    from pneumonia_hf.metrics import apply_platt, fit_platt
+
+    torch.manual_seed(0)
+    model = PneumoniaCNN(widths=[8, 16], depths=[1, 1], stem_width=8, image_size=32).eval()
+    x = torch.randn(16, 1, 32, 32)
+    with torch.no_grad():
+        p = torch.sigmoid(model(x)).double().numpy()
+        a, b = 2.5, -0.7
+        model.head.weight.mul_(a)
+        model.head.bias.mul_(a).add_(b)
+        folded = torch.sigmoid(model(x)).double().numpy()
+    np.testing.assert_allclose(folded, apply_platt(p, a, b), rtol=1e-4, atol=1e-6)
+    # fit_platt recovers a known scaling from labels drawn at the calibrated probabilities
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.01, 0.99, 20000)
+    y = rng.uniform(size=raw.size) < apply_platt(raw, 0.5, 1.0)
+    a_hat, b_hat = fit_platt(y, raw)
+    assert abs(a_hat - 0.5) < 0.05 and abs(b_hat - 1.0) < 0.1
