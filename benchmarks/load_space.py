@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,47 +27,22 @@ DEFAULT_IMAGE = REPO.parent / "shared" / "data" / "chest_xray" / "train" / "NORM
 
 
 @contextmanager
-def launched_app(model: str | None, startup_timeout: float = 300):
-    """Start space/app.py on a free port (offline) and yield its URL."""
-    import httpx
+def launched_app(model: str | None):
+    """Start space/app.py on a free port (offline; the tests' launcher) and yield its URL."""
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]
+    from space_helpers import launch_space
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     tmp = Path(tempfile.mkdtemp(prefix="load-space-"))
-    if model is None:
+    if model is None:  # no model given: a fresh one (speed does not depend on the weights)
         import torch
 
-        sys.path.insert(0, str(REPO))
         from pneumonia_hf import PneumoniaCNN
 
         torch.manual_seed(0)
         model = str(tmp / "model")
         PneumoniaCNN().save_pretrained(model)
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", GRADIO_SERVER_NAME="127.0.0.1",
-               GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1", PNEUMONIA_HF_MODEL=model, MPLBACKEND="Agg")
-    log = open(tmp / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, str(REPO / "space" / "app.py")], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"app did not start; see {tmp / 'app.log'}")
-            try:
-                if httpx.get(f"{url}/config", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+    with launch_space(REPO / "space" / "app.py", Path(model), tmp / "app.log") as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def pct(values: list[float], q: float) -> float:

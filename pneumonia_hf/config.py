@@ -34,7 +34,7 @@ class TrainConfig:
     image_size: int = 128
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.25])
-    equalize: bool = False
+    equalize: bool = True  # histogram equalisation in preprocessing: invariance to exposure/contrast (shipped recipe)
     # imbalance handling
     sampler: str = "weighted"  # none | weighted (WeightedRandomSampler) | oversample (minority copies)
     loss: str = "bce"  # bce | weighted-bce | focal
@@ -59,7 +59,7 @@ class TrainConfig:
     threshold_rule: str = "youden"  # youden | sensitivity
     target_sensitivity: float = 0.97
     calibrate: bool = True  # Platt-scale on out-of-fold predictions and fold the scaling into the final head
-    threshold_on: str = "clean"  # clean: OOF predictions; shifted: OOF predictions plus their 9 perturbed copies
+    threshold_on: str = "shifted"  # clean: OOF predictions; shifted: OOF predictions plus their 9 perturbed copies
     # run control
     seed: int = 42
     num_workers: int = 0
