@@ -177,8 +177,8 @@ def fit(cfg: TrainConfig, accelerator, pixels, labels, train_idx, val_idx, ckpt_
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Counted in per-process batches: the prepared scheduler steps num_processes times per optimizer step.
     per_epoch = len(train_loader)
-    if per_epoch < 2 * n_proc:
-        raise ValueError(f"{len(train_idx)} training images make fewer than 2 batches of {cfg.batch_size}: "
+    if per_epoch < n_proc:  # drop_last: fewer images than one global batch would train nothing
+        raise ValueError(f"{len(train_idx)} training images do not fill one batch of {cfg.batch_size}: "
                          "lower --batch-size or use more data")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.epochs * per_epoch, max(1, int(cfg.warmup_epochs * per_epoch))))

@@ -30,7 +30,7 @@ from pneumonia_hf import PneumoniaCNN
 from pneumonia_hf.config import TrainConfig, build_arg_parser, parse_config
 from pneumonia_hf.data import patient_id
 from pneumonia_hf.losses import FocalLoss, SmoothedBCE, build_loss
-from pneumonia_hf.metrics import METRIC_NAMES
+from pneumonia_hf.metrics import METRIC_NAMES, binary_metrics
 from pneumonia_hf.shift import PERTURBATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,7 +332,15 @@ def test_smoke_cv_metrics_hold_folds_summary_threshold_and_shifts(smoke):
         assert np.isfinite(m["mean_std"][k]["mean"]), k
         assert m["mean_std"][k]["mean"] == pytest.approx(np.mean([f[k] for f in m["per_fold"]]))
     assert 0 <= m["threshold"] <= 1 and m["threshold_rule"].startswith("youden")
-    assert all(f["threshold"] == m["threshold"] for f in m["per_fold"])
+    # nested: each fold is scored at the threshold chosen on the other folds, and its figures are exactly
+    # the metrics of its own out-of-fold rows at that threshold
+    rows = read_csv(smoke["out"] / "oof_predictions.csv")
+    for f in m["per_fold"]:
+        assert 0 <= f["threshold"] <= 1
+        y = [int(r["label"]) for r in rows if int(r["fold"]) == f["fold"]]
+        p = [float(r["probability_pneumonia"]) for r in rows if int(r["fold"]) == f["fold"]]
+        again = binary_metrics(y, p, f["threshold"])
+        assert again["confusion_matrix"] == f["confusion_matrix"] or abs(again["accuracy"] - f["accuracy"]) < 2 / len(y)
     assert set(m["shifted_oof"]) == set(PERTURBATIONS)
     for name, s in m["shifted_oof"].items():
         assert s["n"] == m["n_images"] and s["threshold"] == m["threshold"], name
