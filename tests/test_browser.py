@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pneumonia_hf import PneumoniaCNN
+from pneumonia_hf.inference import BUNDLED_MODEL_DIR
 from space_helpers import REPO, launch_space, xray_files
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -32,18 +33,25 @@ pytestmark = [
 ]
 
 
-def test_upload_shows_notice_label_and_gradcam(tmp_path):
-    torch.manual_seed(0)
-    PneumoniaCNN(threshold=0.6).save_pretrained(tmp_path / "model")
+@pytest.mark.parametrize("which", ["fresh", "bundled"])
+def test_upload_shows_notice_label_and_gradcam(tmp_path, which):
+    if which == "bundled":
+        if not (BUNDLED_MODEL_DIR / "model.safetensors").is_file():
+            pytest.skip("no bundled model")
+        model_dir, threshold = BUNDLED_MODEL_DIR, PneumoniaCNN.from_pretrained(BUNDLED_MODEL_DIR).threshold
+    else:
+        torch.manual_seed(0)
+        model_dir, threshold = tmp_path / "model", 0.6
+        PneumoniaCNN(threshold=threshold).save_pretrained(model_dir)
     examples = tmp_path / "examples"  # the example gallery reads a folder named by PNEUMONIA_HF_EXAMPLES
     examples.mkdir()
     for f in xray_files(n=2):
         shutil.copy(f, examples / f.name)
     shots = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
-    shot = shots / "space_upload.png"
+    shot = shots / f"space_upload_{which}.png"
 
-    with launch_space(REPO / "space" / "app.py", tmp_path / "model", tmp_path / "app.log",
+    with launch_space(REPO / "space" / "app.py", model_dir, tmp_path / "app.log",
                       PNEUMONIA_HF_EXAMPLES=str(examples)) as (url, _):
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -57,7 +65,7 @@ def test_upload_shows_notice_label_and_gradcam(tmp_path):
                 page.locator("input[type=file]").first.set_input_files(str(xray_files()[0]))  # upload runs /classify
                 decision = page.locator("#decision")
                 sync_api.expect(decision).to_contain_text("Decision:", timeout=TIMEOUT_MS)
-                sync_api.expect(decision).to_contain_text("0.600", timeout=TIMEOUT_MS)
+                sync_api.expect(decision).to_contain_text(f"{threshold:.3f}", timeout=TIMEOUT_MS)
                 label = page.locator("#label")
                 sync_api.expect(label).to_contain_text(re.compile("NORMAL|PNEUMONIA"), timeout=TIMEOUT_MS)
                 sync_api.expect(page.locator("#gradcam img").first).to_be_visible(timeout=TIMEOUT_MS)
