@@ -41,7 +41,8 @@ def launched_app(model: str | None):
         torch.manual_seed(0)
         model = str(tmp / "model")
         PneumoniaCNN().save_pretrained(model)
-    with launch_space(REPO / "space" / "app.py", Path(model), tmp / "app.log") as (url, _):
+    local = Path(model).resolve()  # the app runs in space/: a relative folder must not be taken for a repo id
+    with launch_space(REPO / "space" / "app.py", local if local.is_dir() else Path(model), tmp / "app.log") as (url, _):
         yield url
 
 
