@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 
 @torch.inference_mode()
-def predict_pixels(model, pixels: torch.Tensor, batch_size: int = 128, progress: bool = True,
-                   config=None) -> np.ndarray:
-    """P(pneumonia) for cached uint8 images (N, C, S, S); normalised with `config` (default: the model's own)."""
+def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, config: Any, device: torch.device,
+                batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+    """fn(normalised batch) over cached uint8 images (N, C, S, S) in batches on `device`; results concatenated on the CPU."""
     from tqdm.auto import tqdm
 
     from .preprocessing import normalize
 
+    out = [fn(normalize(pixels[i:i + batch_size].to(device), config)).float().cpu()
+           for i in tqdm(range(0, len(pixels), batch_size), desc="evaluate", disable=not progress, leave=False)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def predict_pixels(model: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 128, progress: bool = True,
+                   config: Any = None) -> np.ndarray:
+    """P(pneumonia) for cached uint8 images (N, C, S, S); normalised with `config` (default: the model's own)."""
     model.eval()
-    out = []
-    for i in tqdm(range(0, len(pixels), batch_size), desc="evaluate", disable=not progress, leave=False):
-        out.append(torch.sigmoid(model(normalize(pixels[i:i + batch_size], config if config is not None else model))))
-    return torch.cat(out).float().cpu().numpy() if out else np.zeros(0)
+    device = next(model.parameters()).device
+    return map_batches(lambda x: torch.sigmoid(model(x)), pixels, model if config is None else config, device,
+                       batch_size, progress).numpy()
 
 
 def evaluate_model(model_name_or_path: str | None, data: str, split: str = "test", output_dir: str | Path = "eval",

@@ -419,7 +419,6 @@ def _shifted_predictions(model: PneumoniaCNN, pixels: torch.Tensor, cfg: TrainCo
     from .evaluation import predict_pixels
     from .shift import PERTURBATIONS, perturb
 
-    model.eval()
     device = next(model.parameters()).device
     return {name: predict_pixels(model, perturb(pixels.to(device), name), progress=False, config=cfg.model_kwargs()).tolist()
             for name in PERTURBATIONS}
@@ -428,11 +427,10 @@ def _shifted_predictions(model: PneumoniaCNN, pixels: torch.Tensor, cfg: TrainCo
 @torch.no_grad()
 def _embeddings(model: PneumoniaCNN, pixels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """(N, F) pooled embeddings of cached uint8 images."""
+    from .evaluation import map_batches
     from .ood import embed
 
-    device = next(model.parameters()).device
-    return torch.cat([embed(model, normalize(pixels[i:i + 256].to(device), cfg.model_kwargs())).float().cpu()
-                      for i in range(0, len(pixels), 256)])
+    return map_batches(lambda x: embed(model, x), pixels, cfg.model_kwargs(), next(model.parameters()).device, 256)
 
 
 def _fit_ood(model: PneumoniaCNN, pixels: torch.Tensor, cfg: TrainConfig) -> dict | None:

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh space
-export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+export GRADIO_ANALYTICS_ENABLED=False  # the bundled model is local: no network needed
 exec python space/app.py
