@@ -12,6 +12,7 @@ so train-time validation and serving share every step after decoding.
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import warnings
@@ -24,12 +25,16 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .model import PneumoniaCNN
+
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
 
 # Images above this many pixels are refused (a 16k x 16k upload is a decompression bomb, not an X-ray).
 MAX_PIXELS = 64_000_000
 DICOM_SUFFIXES = (".dcm", ".dicom")
 PREPROCESS_KEYS = ("image_size", "in_channels", "mean", "std", "equalize")
+# A config dict that leaves a field out means the model's own default: read them from its signature.
+_MODEL_DEFAULTS = {k: p.default for k, p in inspect.signature(PneumoniaCNN.__init__).parameters.items()}
 
 
 class ImageLoadError(ValueError):
@@ -46,8 +51,7 @@ def preprocess_config(config: Any) -> dict:
         config = {k: getattr(config, k) for k in PREPROCESS_KEYS}
     if not isinstance(config, Mapping):
         raise TypeError(f"expected a model, a config dict or a config.json path, got {type(config).__name__}")
-    defaults = {"image_size": 128, "in_channels": 1, "mean": [0.5], "std": [0.25], "equalize": False}
-    return {k: config.get(k, defaults[k]) for k in PREPROCESS_KEYS}
+    return {k: config.get(k, _MODEL_DEFAULTS[k]) for k in PREPROCESS_KEYS}
 
 
 def _is_dicom(head: bytes, name: str) -> bool:
